@@ -786,7 +786,8 @@ const char *tp_conn_peer_fingerprint(tp_conn *c)
 
 const char *tp_conn_verify_result(const tp_conn *c)
 {
-    if (!c->hs_done)
+    /* After a failed handshake too: that is when the reason matters. */
+    if (!c->hs_done && !c->fatal)
         return NULL;
     return X509_verify_cert_error_string(SSL_get_verify_result(c->ssl));
 }

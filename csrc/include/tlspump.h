@@ -298,7 +298,8 @@ const char *tp_conn_peer_cert_pem(tp_conn *c);
 const char *tp_conn_peer_subject(tp_conn *c); /* RFC 2253 one line */
 const char *tp_conn_peer_issuer(tp_conn *c);
 const char *tp_conn_peer_fingerprint(tp_conn *c); /* sha256 hex */
-/* Verification result text: "ok", or why it failed (also when verify = 0) */
+/* Verification result text: "ok", or why it failed (also when verify = 0,
+ * and after a handshake that failed); NULL before the handshake ends. */
 const char *tp_conn_verify_result(const tp_conn *c);
 const char *tp_conn_server_name(const tp_conn *c); /* SNI (server side) */
 
@@ -307,57 +308,112 @@ const char *tp_errkind_name(tp_errkind k); /* "truncated", "reset", ... */
 
 /* ---- tp_pump: forwarding loop ------------------------------------------ */
 
+/*
+ * A forwarder between a tp_conn and a target: decrypted TLS input is written
+ * to the target, the target's output is encrypted to the TLS peer. Memory
+ * is bounded (the connection's write buffer and 64 KiB): a side that does
+ * not drain stops the other one from being read.
+ *
+ * Half-close: the peer's close_notify shuts the target's write side down
+ * (SHUT_WR) once everything is delivered, while the target's output keeps
+ * flowing until its EOF; then everything is flushed and close_notify is
+ * sent. If the target's output ends first (a child that exits early), the
+ * answer is flushed, close_notify sent, the TLS socket shut down for
+ * writing (SHUT_WR), and the peer's input read and discarded for up to 2 s
+ * (or until its close_notify/EOF) so that the kernel does not reset the
+ * connection and destroy the answer in flight. A target that stops reading
+ * (EPIPE) only ends that direction: the rest of the TLS input is discarded
+ * (counted in stats.discarded).
+ *
+ * Failures (TLS truncation, reset, alert; a target read error; the idle
+ * timeout) end the pump at once; the target socket is then shut down both
+ * ways, so a child sees EOF on stdin and EPIPE on stdout. After a target
+ * failure no close_notify is sent: the peer must not take a partial answer
+ * for a complete one.
+ */
 typedef struct tp_pump tp_pump;
 
 /* How one direction ended. */
 typedef enum tp_end {
     TP_END_NONE = 0,  /* still running */
-    TP_END_CLEAN,     /* close_notify (TLS) or EOF (target) */
+    TP_END_CLEAN,     /* close_notify (TLS) or EOF (target; on a socketpair
+                         also the ECONNRESET of a child that exited without
+                         reading all its input: its output is complete) */
     TP_END_TRUNCATED, /* TLS EOF without close_notify */
-    TP_END_RESET,     /* RST / EPIPE */
+    TP_END_RESET,     /* RST */
     TP_END_TIMEOUT,   /* idle timeout */
     TP_END_ERROR,     /* other error; text in the stats */
-    TP_END_ABORTED    /* the caller stopped it (interrupt, server stop) */
+    TP_END_ABORTED    /* cut off: the caller stopped the pump (interrupt,
+                         server stop), the other direction failed, or the
+                         peer kept sending past the linger time */
 } tp_end;
 
 const char *tp_end_name(tp_end e); /* "clean", "truncated", ... */
 
 typedef struct tp_pump_stats {
-    uint64_t to_target; /* plaintext bytes TLS -> target */
+    uint64_t to_target; /* plaintext bytes TLS -> target (delivered) */
     uint64_t to_tls;    /* plaintext bytes target -> TLS */
+    uint64_t discarded; /* TLS plaintext dropped: the target stopped
+                           reading, or the peer sent after our close */
     tp_end tls_end;     /* how the TLS side's input ended */
     tp_end target_end;  /* how the target side's input ended */
-    char tls_error[256];
-    char target_error[256];
+    char tls_error[256];    /* text when the TLS side failed (either way) */
+    char target_error[256]; /* text when the target failed */
     double seconds; /* from tp_pump_new to the end */
 } tp_pump_stats;
 
 /*
  * Creates a forwarder between c (handshake done or not: it is completed
  * first) and target_rfd/target_wfd, which may be the same socket (a
- * socketpair end, a TCP backend) or two pipes. Sets O_NONBLOCK on the target
- * fds; never closes them (it shuts down SHUT_WR on a socket to pass on the
- * half-close; a pipe's write end can be handed over with
- * tp_pump_close_target_write() semantics described in pump.c).
+ * socketpair end, a TCP backend) or two fds (pipes). Sets O_NONBLOCK on the
+ * target fds and never closes them: the half-close is passed on with
+ * shutdown(SHUT_WR) on a socket; a pipe's write end cannot be shut down, so
+ * either hand it over with tp_pump_set_close_target_write() or watch
+ * tp_pump_target_write_done() and close it yourself (step API). Fails for a
+ * closed fd or a connection whose close_notify was already sent.
  */
 tp_pump *tp_pump_new(tp_conn *c, int target_rfd, int target_wfd,
                      char *errbuf, size_t errlen);
+/* Frees the pump (no I/O); the connection and the fds stay the caller's. */
 void tp_pump_free(tp_pump *p);
 /* No bytes either way for ms milliseconds ends the pump (0: never). */
 void tp_pump_set_idle_timeout(tp_pump *p, int ms);
+/* yes = 1: target_wfd (if distinct from target_rfd) belongs to the pump,
+ * which closes it to pass on the half-close (or in tp_pump_free). */
+void tp_pump_set_close_target_write(tp_pump *p, int yes);
+/* yes = 1 (a client joining, e.g., stdin/stdout to a server): when the
+ * target's output ends first, close_notify is sent and the peer's input is
+ * still forwarded to the target until the peer's close_notify, instead of
+ * being read and discarded for the linger time (the default, right for a
+ * server whose child has answered and exited). */
+void tp_pump_set_read_after_close(tp_pump *p, int yes);
+/* 1 once nothing more will be written to the target (the half-close is
+ * due: shut down or closed if the pump could). */
+int tp_pump_target_write_done(const tp_pump *p);
 
 /*
  * Step API for callers with their own event loop: does all work possible now
- * without blocking. Returns 1 when the pump has finished, 0 otherwise.
+ * without blocking (a step yields after a few MiB so that other work gets a
+ * turn). Returns 1 when the pump has finished, 0 otherwise.
  */
 int tp_pump_step(tp_pump *p);
 /*
- * Fills up to max pollfd entries with the fds and events the pump waits for
- * and returns their count; *timeout_ms gets the time until the idle
- * deadline (-1 if none). After poll() (any revents) call tp_pump_step().
+ * Fills up to max (3 suffice) pollfd entries with the fds and events the
+ * pump waits for and returns their count; *timeout_ms gets the time until
+ * the pump must be stepped even without events: the idle or linger
+ * deadline, 0 when the last step yielded with work left, -1 for none. After
+ * poll() (any revents, or the timeout) call tp_pump_step().
  */
 int tp_pump_wants(tp_pump *p, struct pollfd *fds, int max, int *timeout_ms);
-/* step + poll until done. TP_DONE, TP_INTERRUPTED (stats say aborted). */
+/*
+ * step + poll until done: TP_DONE (see the stats for how it ended),
+ * TP_TIMEOUT when w's deadline passed (resumable: call again),
+ * TP_INTERRUPTED when w->interrupted returned nonzero (checked at least every
+ * TP_INTERRUPT_CHECK_MS even while data flows; the pump is then finished,
+ * open ends TP_END_ABORTED, no further I/O done). As everywhere, w == NULL
+ * does not block: one step, then TP_DONE or TP_TIMEOUT; pass
+ * {.timeout_ms = -1} to run to the end.
+ */
 int tp_pump_run(tp_pump *p, const tp_wait *w);
 int tp_pump_done(const tp_pump *p);
 const tp_pump_stats *tp_pump_stats_get(const tp_pump *p);
@@ -390,35 +446,92 @@ void tp_child_free(tp_child *ch);
 
 /* ---- tp_server: many connections in one event loop --------------------- */
 
+/*
+ * One epoll loop serving many TLS connections. Per connection: accept,
+ * non-blocking handshake (bounded by handshake_timeout_ms), then either a
+ * child per connection (tp_spawn of command, its stdin/stdout on a
+ * socketpair; environment plus TLSPUMP_PEER, TLSPUMP_VERSION,
+ * TLSPUMP_CIPHER, TLSPUMP_ALPN, TLSPUMP_SNI and, with a client certificate,
+ * TLSPUMP_CLIENT_SUBJECT and TLSPUMP_CLIENT_FINGERPRINT) or a non-blocking
+ * connect to backend, then a tp_pump driven through its step API. Nothing
+ * blocks the loop. Children are reaped by pid (never wait(-1)).
+ *
+ * Logging (log_fd): a start line "listening on ADDR[, ADDR], fingerprint
+ * sha256:HEX" (the fingerprint for an ephemeral certificate only), one line
+ * per connection end, a "stopped" line; each line is prefixed with the UTC
+ * time and "tlspump[PID]:". The connection line:
+ *   PEER VERSION CIPHER in=N out=N time=S tls_end=R target_end=R
+ *   [exit=N|signal=N] [subject="..."] [error="..."]
+ * in = bytes from the client, out = bytes to it, R = tp_end_name() or
+ * "none". With log_json each line is one JSON object with "time", "pid",
+ * "event" ("listening", "end", "stopped", "warning") and the same fields
+ * (bytes_in, bytes_out, seconds, ...). Payload and key material are never
+ * logged.
+ */
 typedef struct tp_server tp_server;
 
 typedef struct tp_server_options {
     const char *const *listen; /* NULL-terminated: "HOST:PORT", "[::1]:PORT",
-                                  "unix:/path", "fd:N"; default 127.0.0.1:8443 */
+                                  ":PORT" (all interfaces), "unix:/path",
+                                  "unix:@abstract", "fd:N" (a listening
+                                  socket of the caller: set non-blocking
+                                  while the server lives, never closed);
+                                  default 127.0.0.1:8443. Port 0 binds an
+                                  ephemeral port (see tp_server_address). */
     const char *const *command;      /* argv per connection, or NULL */
-    const char *backend;             /* "HOST:PORT", or NULL */
-    int max_conns;                   /* default 1024 */
-    int handshake_timeout_ms;        /* default 10000 */
+    const char *backend;             /* "HOST:PORT" or "unix:PATH", or NULL;
+                                        resolved once by tp_server_new */
+    int max_conns;                   /* per process; default 1024. At the
+                                        limit no more are accepted (they wait
+                                        in the backlog) until one ends */
+    int handshake_timeout_ms;        /* default 10000 (also bounds the
+                                        backend connect); 0: none */
     int idle_timeout_ms;             /* 0: none */
     int grace_ms;                    /* on stop; default 10000 */
-    int workers;                     /* default 1 */
+    int workers;                     /* processes; default 1. workers > 1
+                                        forks workers - 1 processes in
+                                        tp_server_run that share the
+                                        listening sockets and never return
+                                        (they _exit) */
     int log_fd;                      /* default 2; -1: no log */
     int log_json;                    /* 0 text, 1 JSON lines */
 } tp_server_options;
 
 void tp_server_options_init(tp_server_options *o);
-/* Binds the listening sockets (errors: address in use, bad address). */
+/*
+ * Binds the listening sockets and validates the options. NULL with the
+ * reason in errbuf: "cannot listen on 127.0.0.1:8443: Address already in
+ * use", "cannot listen on x: bad address: ...", "a command or a backend is
+ * required", a client context, ...
+ */
 tp_server *tp_server_new(tp_ctx *ctx, const tp_server_options *o,
                          char *errbuf, size_t errlen);
-/* Runs until tp_server_stop() or SIGTERM/SIGINT (then a graceful stop).
- * TP_DONE or TP_ERROR. */
+/*
+ * Runs the loop until a stop, then stops gracefully: the listening sockets
+ * are closed, running sessions get up to grace_ms to finish, the rest are
+ * then closed with close_notify, all children are reaped (SIGTERM, then
+ * SIGKILL for a child that ignores its EOF), workers are stopped and reaped.
+ *
+ * The core installs no signal handler: a host that wants SIGTERM/SIGINT to
+ * stop the server calls tp_server_stop() from its handler, or passes w with
+ * an interrupted callback (w->timeout_ms is not used): when it returns
+ * nonzero a graceful stop begins and run returns TP_INTERRUPTED after it.
+ * Workers stop when the parent stops (or dies), and on SIGTERM.
+ * Returns TP_DONE, TP_INTERRUPTED, or TP_ERROR (tp_server_error()). Runs
+ * once per server.
+ */
 int tp_server_run(tp_server *s, const tp_wait *w);
-/* Thread- and signal-safe: asks the loop to stop gracefully. */
+/* Async-signal- and thread-safe (one write(2) to an eventfd): asks the loop
+ * to stop gracefully; a second call ends the grace period at once. May be
+ * called before tp_server_run (which then returns at once). */
 void tp_server_stop(tp_server *s);
-/* The bound addresses, "127.0.0.1:8443" etc.; index < count. */
+/* The bound addresses, "127.0.0.1:8443", "[::1]:8443", "unix:/path";
+ * index < count. */
 int tp_server_address_count(const tp_server *s);
 const char *tp_server_address(const tp_server *s, int i);
 const char *tp_server_error(const tp_server *s);
+/* Closes what is left (never the caller's fd:N sockets) and frees. Not
+ * while tp_server_run runs in another thread. */
 void tp_server_free(tp_server *s);
 
 #ifdef __cplusplus
