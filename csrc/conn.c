@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -32,6 +33,7 @@ struct tp_conn {
     SSL *ssl;
     int fd;
     int bio_errno; /* errno of the BIO's last failed send/recv */
+    pid_t pid;     /* the process that may use it (see forked()) */
 
     unsigned hs_done : 1;
     unsigned fatal : 1;         /* an error ended the connection */
@@ -77,7 +79,7 @@ static void set_error(tp_conn *c, const char *op, tp_errkind kind, int err_no,
     c->op = op;
     c->kind = kind;
     c->err_no = err_no;
-    if (err_no && kind == TP_E_SYS)
+    if (err_no && kind == TP_E_SYS && strcmp(c->reason, strerror(err_no)))
         snprintf(c->error, sizeof c->error, "%s: %s (%s)", op, c->reason,
                  strerror(err_no));
     else
@@ -208,6 +210,7 @@ tp_conn *tp_conn_new(tp_ctx *ctx, int fd, const char *server_hostname,
         return NULL;
     }
     c->fd = fd;
+    c->pid = getpid();
     c->wlimit = tp__ctx_write_limit(ctx);
     ERR_clear_error();
     c->ssl = SSL_new(tp__ctx_ssl(ctx));
@@ -302,13 +305,33 @@ static int await(tp_conn *c, const char *op, int want, const tp_wait *w,
     return TP_ERROR;
 }
 
+/*
+ * A connection belongs to the process that made it: a forked child shares
+ * the socket but not the TLS state, and its I/O would corrupt the parent's
+ * stream (sequence numbers, keys). In the child every I/O call fails with
+ * TP_E_CLOSED; tp_conn_free there only frees the child's copy.
+ */
+static int forked(tp_conn *c, const char *op)
+{
+    if (c->pid == getpid())
+        return 0;
+    if (!c->fatal) {
+        set_error(c, op, TP_E_CLOSED, 0,
+                  "the connection cannot be used in a forked child (it "
+                  "belongs to process %d)",
+                  (int)c->pid);
+        fail(c);
+    }
+    return 1;
+}
+
 /* ---- handshake ------------------------------------------------------- */
 
 static int handshake_step(tp_conn *c)
 {
     if (c->hs_done)
         return TP_DONE;
-    if (c->fatal)
+    if (c->fatal || forked(c, "handshake"))
         return TP_ERROR;
     ERR_clear_error();
     c->bio_errno = 0;
@@ -345,7 +368,7 @@ int tp_conn_handshake(tp_conn *c, const tp_wait *w)
 /* Sends buffered plaintext until empty or the socket would block. */
 static int flush_step(tp_conn *c)
 {
-    if (c->fatal)
+    if (c->fatal || forked(c, "write"))
         return TP_ERROR;
     if (!c->hs_done) {
         int r = handshake_step(c);
@@ -484,7 +507,7 @@ size_t tp_conn_buffered(const tp_conn *c)
  */
 static ssize_t read_step(tp_conn *c, char *buf, size_t len, size_t soft_max)
 {
-    if (c->fatal)
+    if (c->fatal || forked(c, "read"))
         return TP_ERROR;
     if (c->peer_closed)
         return 0;
@@ -606,13 +629,10 @@ static int shutdown_step(tp_conn *c)
 {
     if (c->sent_shutdown)
         return TP_DONE;
-    if (c->fatal)
+    if (c->fatal || forked(c, "shutdown"))
         return TP_ERROR;
-    if (!c->hs_done) {
-        set_error(c, "shutdown", TP_E_CLOSED, 0,
-                  "the handshake has not completed");
-        return TP_ERROR;
-    }
+    /* flush_step completes a pending handshake first ("write, then
+     * shutdown" clients). */
     int r = flush_step(c);
     if (r != TP_DONE)
         return r;

@@ -54,27 +54,32 @@ int64_t tp__deadline(const tp_wait *w)
 int tp__poll(struct pollfd *fds, int n, const tp_wait *w, int64_t deadline,
              int extra_timeout_ms)
 {
+    if (deadline == 0)
+        return TP_TIMEOUT;
+    /* Both limits are absolute, so waking up for interrupt checks does not
+     * restart either of them. */
+    int64_t extra_deadline =
+        extra_timeout_ms >= 0 ? tp__now_ms() + extra_timeout_ms : -1;
+    int check = w && w->interrupted;
     for (;;) {
+        int64_t now = tp__now_ms();
         int64_t slice = -1;
-        int capped_by_extra = 0;
         if (deadline > 0) {
-            slice = deadline - tp__now_ms();
+            slice = deadline - now;
             if (slice <= 0)
                 return TP_TIMEOUT;
-        } else if (deadline == 0) {
-            return TP_TIMEOUT;
         }
-        if (extra_timeout_ms >= 0 && (slice < 0 || extra_timeout_ms <= slice)) {
-            slice = extra_timeout_ms;
-            capped_by_extra = 1;
+        if (extra_deadline >= 0) {
+            int64_t e = extra_deadline - now;
+            if (e < 0)
+                e = 0;
+            if (slice < 0 || e <= slice)
+                slice = e;
         }
         /* Wake up regularly so the binding can run signal handlers even
          * when the signal was delivered to another thread. */
-        int check = w && w->interrupted;
-        if (check && (slice < 0 || slice > TP_INTERRUPT_CHECK_MS)) {
+        if (check && (slice < 0 || slice > TP_INTERRUPT_CHECK_MS))
             slice = TP_INTERRUPT_CHECK_MS;
-            capped_by_extra = 0;
-        }
         int r = poll(fds, (nfds_t)n, (int)slice);
         if (r > 0)
             return r;
@@ -82,7 +87,7 @@ int tp__poll(struct pollfd *fds, int n, const tp_wait *w, int64_t deadline,
             return TP_ERROR;
         if (check && w->interrupted(w->arg))
             return TP_INTERRUPTED;
-        if (r == 0 && capped_by_extra)
+        if (r == 0 && extra_deadline >= 0 && tp__now_ms() >= extra_deadline)
             return 0;
     }
 }

@@ -252,7 +252,8 @@ int tp_conn_flush(tp_conn *c, const tp_wait *w);
 size_t tp_conn_buffered(const tp_conn *c);
 
 /*
- * Flushes the buffer, then sends close_notify: TP_DONE once it is out,
+ * Completes the handshake if needed, flushes the buffer, then sends
+ * close_notify: TP_DONE once it is out,
  * WANT_*, TP_ERROR. Reading may continue until the peer's close_notify
  * (half-close); writing after it is TP_ERROR (TP_E_CLOSED). Does not
  * shut down or close the socket.
@@ -351,15 +352,15 @@ typedef enum tp_end {
 const char *tp_end_name(tp_end e); /* "clean", "truncated", ... */
 
 typedef struct tp_pump_stats {
-    uint64_t to_target; /* plaintext bytes TLS -> target (delivered) */
-    uint64_t to_tls;    /* plaintext bytes target -> TLS */
-    uint64_t discarded; /* TLS plaintext dropped: the target stopped
-                           reading, or the peer sent after our close */
-    tp_end tls_end;     /* how the TLS side's input ended */
-    tp_end target_end;  /* how the target side's input ended */
+    uint64_t to_target;     /* plaintext bytes TLS -> target (delivered) */
+    uint64_t to_tls;        /* plaintext bytes target -> TLS */
+    uint64_t discarded;     /* TLS plaintext dropped: the target stopped
+                               reading, or the peer sent after our close */
+    tp_end tls_end;         /* how the TLS side's input ended */
+    tp_end target_end;      /* how the target side's input ended */
     char tls_error[256];    /* text when the TLS side failed (either way) */
     char target_error[256]; /* text when the target failed */
-    double seconds; /* from tp_pump_new to the end */
+    double seconds;         /* from tp_pump_new to the end */
 } tp_pump_stats;
 
 /*
@@ -376,7 +377,10 @@ tp_pump *tp_pump_new(tp_conn *c, int target_rfd, int target_wfd,
                      char *errbuf, size_t errlen);
 /* Frees the pump (no I/O); the connection and the fds stay the caller's. */
 void tp_pump_free(tp_pump *p);
-/* No bytes either way for ms milliseconds ends the pump (0: never). */
+/* No bytes either way for ms milliseconds (counted from the end of the
+ * handshake, or from now if it is done) ends the pump (0: never): the
+ * target is shut down both ways, the peer gets what is buffered and a
+ * close_notify if that goes out within a second. Ends TP_END_TIMEOUT. */
 void tp_pump_set_idle_timeout(tp_pump *p, int ms);
 /* yes = 1: target_wfd (if distinct from target_rfd) belongs to the pump,
  * which closes it to pass on the half-close (or in tp_pump_free). */
@@ -402,7 +406,9 @@ int tp_pump_step(tp_pump *p);
  * pump waits for and returns their count; *timeout_ms gets the time until
  * the pump must be stepped even without events: the idle or linger
  * deadline, 0 when the last step yielded with work left, -1 for none. After
- * poll() (any revents, or the timeout) call tp_pump_step().
+ * poll() (any revents, or the timeout) call tp_pump_step(). An entry may
+ * have events 0: the TLS fd while its input is held back, watched only for
+ * the POLLERR of a reset (a caller that cannot wait for that may skip it).
  */
 int tp_pump_wants(tp_pump *p, struct pollfd *fds, int max, int *timeout_ms);
 /*
@@ -424,24 +430,35 @@ typedef struct tp_child tp_child;
 
 /*
  * Starts argv[0] (searched in PATH) with stdin and stdout on one end of a
- * socketpair; the other end is tp_child_fd(). envp == NULL inherits the
- * environment; cwd == NULL keeps it; stderr_fd < 0 inherits stderr. All
- * other fds are closed in the child. Returns NULL with the reason (e.g.
- * "spawn ./nope: No such file or directory") when the program cannot be
- * started; no zombie is left.
+ * socketpair; the other end is tp_child_fd() (close-on-exec, blocking until
+ * a pump sets O_NONBLOCK). envp == NULL inherits the environment; cwd ==
+ * NULL keeps it; stderr_fd < 0 inherits stderr. All other fds are closed in
+ * the child (close-on-exec, and closefrom(3) where glibc >= 2.34 has it).
+ * The child starts with an empty signal mask and SIGPIPE, SIGXFSZ, SIGCHLD,
+ * SIGINT, SIGTERM, SIGQUIT, SIGALRM, SIGUSR1/2 at their defaults (a host
+ * that ignores SIGPIPE must not pass that on to `yes`). Uses posix_spawnp
+ * (vfork-cheap). Returns NULL with the reason and errno (e.g. "spawn ./nope:
+ * No such file or directory", ENOENT) when the program cannot be started;
+ * no zombie is left.
  */
 tp_child *tp_spawn(const char *const argv[], const char *const envp[],
                    const char *cwd, int stderr_fd, char *errbuf,
                    size_t errlen);
 int tp_child_fd(const tp_child *ch);
 pid_t tp_child_pid(const tp_child *ch);
-/* Waits up to w for the child to exit. TP_DONE and *status set (as from
- * waitpid; -1 if the status could not be had because SIGCHLD is ignored),
- * TP_TIMEOUT, TP_INTERRUPTED. */
+/* Waits up to w for the child to exit (a pidfd in poll(); without pidfds,
+ * waitpid(WNOHANG) every 10 ms); w == NULL only checks. TP_DONE and *status
+ * set (as from waitpid; -1 if the status could not be had because SIGCHLD
+ * is ignored or the host reaped it), TP_TIMEOUT, TP_INTERRUPTED. Reaps with
+ * waitpid(pid) only, never wait(-1): the host's other children are left
+ * alone. Once reaped, returns the same status again. */
 int tp_child_wait(tp_child *ch, const tp_wait *w, int *status);
+/* Sends sig: 0, or -1 with errno. A no-op (0) once reaped, since the pid
+ * may then belong to another process. */
 int tp_child_kill(tp_child *ch, int sig);
-/* Closes the socketpair end; reaps the child if it has exited, otherwise
- * sends SIGTERM after a short grace and reaps, so no zombie is left. */
+/* Closes the socketpair end (the child sees EOF); reaps the child if it
+ * exits within 100 ms, otherwise sends SIGTERM, waits up to 1 s more, then
+ * SIGKILL, and reaps, so no zombie is left. Blocks for at most ~1.1 s. */
 void tp_child_free(tp_child *ch);
 
 /* ---- tp_server: many connections in one event loop --------------------- */

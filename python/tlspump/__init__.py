@@ -44,3 +44,5 @@ __all__ = [
 #   _pump.c   -> spawn, Child, Pump (Conn.forward is a method)
 #   _server.c -> serve, Server
 #   aio.py    -> the asyncio layer (import tlspump.aio; not imported eagerly)
+from .server import Server, serve; __all__ += ["Server", "serve"]  # noqa: E402,E702
+from ._tlspump import Child, ForwardStats, Pump, spawn; __all__ += ["Child", "ForwardStats", "Pump", "spawn"]  # noqa: E402,E702
