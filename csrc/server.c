@@ -97,6 +97,8 @@ enum phase {
 typedef struct session {
     struct session *prev, *next; /* all live sessions */
     struct session *dead_next;   /* freed after the current batch */
+    struct session *rq_prev, *rq_next; /* run queue: a pump with work left */
+    int rq_in;
     int phase;
     int dead;
 
@@ -162,6 +164,7 @@ struct tp_server {
     /* loop state */
     session *all;
     session *dead;
+    session *runq; /* stepped again right after this batch of events */
     int nsessions, nlive;
     session **heap;
     int heap_n, heap_cap;
@@ -1103,6 +1106,7 @@ static void maybe_resume_accept(tp_server *s)
 }
 
 static void hs_step(tp_server *s, session *x);
+static void runq_del(tp_server *s, session *x);
 static void tls_close(tp_server *s, session *x);
 static void set_ends(session *x, tp_end tls, tp_end target);
 
@@ -1201,6 +1205,7 @@ static void session_end(tp_server *s, session *x)
         return;
     x->dead = 1;
     timer_clear(s, x);
+    runq_del(s, x);
     log_session(s, x);
     if (x->prev)
         x->prev->next = x->next;
@@ -1401,6 +1406,34 @@ static void pump_finished(tp_server *s, session *x)
     tls_close(s, x);
 }
 
+/* A pump that yielded with work left (its step budget ran out) is stepped
+ * again after the current batch of events, without sleeping: a timer would
+ * stall bulk transfers by a clock tick every few MiB. */
+static void runq_add(tp_server *s, session *x)
+{
+    if (x->rq_in)
+        return;
+    x->rq_in = 1;
+    x->rq_prev = NULL;
+    x->rq_next = s->runq;
+    if (s->runq)
+        s->runq->rq_prev = x;
+    s->runq = x;
+}
+
+static void runq_del(tp_server *s, session *x)
+{
+    if (!x->rq_in)
+        return;
+    x->rq_in = 0;
+    if (x->rq_prev)
+        x->rq_prev->rq_next = x->rq_next;
+    else
+        s->runq = x->rq_next;
+    if (x->rq_next)
+        x->rq_next->rq_prev = x->rq_prev;
+}
+
 static void pump_rearm(tp_server *s, session *x)
 {
     struct pollfd pf[4];
@@ -1415,8 +1448,12 @@ static void pump_rearm(tp_server *s, session *x)
     }
     watch_set(s, &x->w_tls, tls);
     watch_set(s, &x->w_target, target);
-    if (to >= 0)
-        timer_set(s, x, tp__now_ms() + (to > 0 ? to : 1));
+    runq_del(s, x);
+    if (to == 0) {
+        timer_clear(s, x);
+        runq_add(s, x);
+    } else if (to > 0)
+        timer_set(s, x, tp__now_ms() + to);
     else if (!tls && !target)
         timer_set(s, x, tp__now_ms() + 100); /* never stall silently */
     else
@@ -2009,6 +2046,8 @@ static int run_loop(tp_server *s, const tp_wait *w)
         int timeout = -1;
         if (next >= 0)
             timeout = next <= now ? 0 : (int)(next - now);
+        if (s->runq)
+            timeout = 0;
 
         int n = epoll_wait(s->ep, evs, MAX_EVENTS, timeout);
         if (n < 0 && errno != EINTR) {
@@ -2052,6 +2091,16 @@ static int run_loop(tp_server *s, const tp_wait *w)
                     session_step(s, wt->obj, wt, ev);
                 break;
             }
+        }
+        /* Pumps with work left; one that yields again is queued anew for
+         * the next round, after the next batch of events. */
+        session *q = s->runq;
+        s->runq = NULL;
+        for (session *next_x; q; q = next_x) {
+            next_x = q->rq_next;
+            q->rq_in = 0;
+            if (!q->dead && q->phase == P_PUMPING && q->pump)
+                pump_step(s, q);
         }
         free_dead(s);
     }

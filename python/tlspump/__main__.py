@@ -229,7 +229,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if log is None:
         line = "tlspump: listening on " + ", ".join(srv._srv.addresses)
         if ctx.ephemeral:
-            line += ", fingerprint sha256:" + ctx.fingerprint
+            line += ", fingerprint sha256:" + (ctx.fingerprint or "")
         print(line, file=sys.stderr, flush=True)
 
     # The core installs no handler; these make SIGTERM/Ctrl-C a graceful
