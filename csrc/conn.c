@@ -110,6 +110,16 @@ static int ssl_failure(tp_conn *c, const char *op, int ssl_err)
     int err_no = c->bio_errno;
     if (ssl_err == SSL_ERROR_SSL && reason == SSL_R_UNEXPECTED_EOF_WHILE_READING)
         ssl_err = SSL_ERROR_SYSCALL, err_no = 0;
+    /* Once the peer's close_notify is in, OpenSSL reports any failed
+     * write (EPIPE...) as SSL_ERROR_ZERO_RETURN: the BIO's errno says
+     * what happened. */
+    if (ssl_err == SSL_ERROR_ZERO_RETURN && !e && err_no)
+        ssl_err = SSL_ERROR_SYSCALL;
+    if (ssl_err == SSL_ERROR_ZERO_RETURN && !e) {
+        set_error(c, op, TP_E_TLS, 0,
+                  "the peer closed the connection (close_notify)");
+        return fail(c);
+    }
     if (ssl_err == SSL_ERROR_SYSCALL && !e) {
         if (err_no == ECONNRESET || err_no == EPIPE)
             set_error(c, op, TP_E_RESET, err_no, "connection reset by peer");
@@ -495,6 +505,18 @@ int tp_conn_flush(tp_conn *c, const tp_wait *w)
 size_t tp_conn_buffered(const tp_conn *c)
 {
     return c->wlen;
+}
+
+void tp_conn_release_buffers(tp_conn *c)
+{
+    if (c->wlen == 0) {
+        free(c->wbuf);
+        c->wbuf = NULL;
+        c->wcap = c->woff = 0;
+    }
+    free(c->rbuf);
+    c->rbuf = NULL;
+    c->rcap = 0;
 }
 
 /* ---- read ------------------------------------------------------------ */

@@ -133,14 +133,11 @@ tp_pump *tp_pump_new(tp_conn *c, int target_rfd, int target_wfd, char *errbuf,
         return NULL;
     }
     tp_pump *p = calloc(1, sizeof *p);
-    char *buf = p ? malloc(TP__PUMP_BUF) : NULL;
-    if (!buf) {
-        free(p);
+    if (!p) {
         tp__errbuf(errbuf, errlen, "pump: out of memory");
         return NULL;
     }
     p->c = c;
-    p->buf = buf;
     p->tls_fd = tp_conn_fd(c);
     p->rfd = target_rfd;
     p->wfd = target_wfd;
@@ -432,6 +429,14 @@ static int pass_to_target(tp_pump *p)
             p->bend -= p->bstart;
             p->bstart = 0;
         }
+        /* Allocated on demand and freed when a step ends empty, so an
+         * idle session holds no buffer. */
+        if (!p->buf && !(p->buf = malloc(TP__PUMP_BUF))) {
+            tp__strlcpy(p->st.tls_error, "pump: out of memory",
+                        sizeof p->st.tls_error);
+            abort_both(p, TP_END_ERROR, TP_END_ABORTED);
+            return -1;
+        }
         size_t room = TP__PUMP_BUF - p->bend;
         if (room > 0) {
             ssize_t n = tp_conn_read(p->c, p->buf + p->bend, room, NULL);
@@ -597,6 +602,13 @@ int tp_pump_step(tp_pump *p)
     }
     if (!(p->hs_wait | p->tls_rd_wait | p->tls_wr_wait) && !watch_tls(p))
         return 1;
+    if (!p->more && p->bstart == p->bend) {
+        /* About to wait with nothing buffered: give the memory back. */
+        free(p->buf);
+        p->buf = NULL;
+        p->bstart = p->bend = 0;
+        tp_conn_release_buffers(p->c);
+    }
     if (!p->more && nothing_to_wait_for(p)) {
         /* Cannot happen; ending beats hanging in poll() for ever. */
         tp__strlcpy(p->st.tls_error, "pump: nothing to wait for",

@@ -251,6 +251,12 @@ int tp_conn_flush(tp_conn *c, const tp_wait *w);
 /* Bytes accepted by tp_conn_write and not yet handed to the socket. */
 size_t tp_conn_buffered(const tp_conn *c);
 
+/* Frees the connection's plaintext buffers while they hold nothing (the
+ * write buffer if empty; read_drain's buffer, invalidating its last *data),
+ * for connections that go idle: thousands of idle connections then cost
+ * little more than OpenSSL's state. They are allocated again when needed. */
+void tp_conn_release_buffers(tp_conn *c);
+
 /*
  * Completes the handshake if needed, flushes the buffer, then sends
  * close_notify: TP_DONE once it is out,
