@@ -52,6 +52,10 @@ int tp__is_socket(int fd);
 /* Copies at most dstlen-1 bytes of src (may be NULL -> ""). */
 void tp__strlcpy(char *dst, const char *src, size_t dstlen);
 
+/* How a pump direction ended, for a connection error of kind k (pump.c;
+ * the server uses it for sessions that end before their pump). */
+tp_end tp__end_of_errkind(tp_errkind k);
+
 /* ---- used between ctx.c, cert.c, conn.c, bio.c ---- */
 typedef struct bio_st BIO;
 typedef struct ssl_ctx_st SSL_CTX;

@@ -249,7 +249,7 @@ static void abort_both(tp_pump *p, tp_end tls_end, tp_end target_end)
     finish(p);
 }
 
-static tp_end end_of_kind(tp_errkind k)
+tp_end tp__end_of_errkind(tp_errkind k)
 {
     switch (k) {
     case TP_E_TRUNCATED:
@@ -272,7 +272,7 @@ static void tls_failed(tp_pump *p)
                     ? tp_conn_error(p->c)
                     : "pump: the connection refuses writes",
                 sizeof p->st.tls_error);
-    abort_both(p, end_of_kind(tp_conn_errkind(p->c)), TP_END_ABORTED);
+    abort_both(p, tp__end_of_errkind(tp_conn_errkind(p->c)), TP_END_ABORTED);
 }
 
 static void target_failed(tp_pump *p, tp_end end, const char *op, int e)
@@ -456,7 +456,7 @@ static int pass_to_target(tp_pump *p)
                     /* Lingering after a complete answer: a client that
                      * closes without close_notify (or resets) only ends
                      * the linger. The reason is still recorded. */
-                    p->st.tls_end = end_of_kind(tp_conn_errkind(p->c));
+                    p->st.tls_end = tp__end_of_errkind(tp_conn_errkind(p->c));
                     tp__strlcpy(p->st.tls_error, tp_conn_error(p->c),
                                 sizeof p->st.tls_error);
                     p->tls_in_open = 0;

@@ -1238,20 +1238,6 @@ static void set_ends(session *x, tp_end tls, tp_end target)
         x->stats.target_end = target;
 }
 
-static tp_end errkind_end(tp_errkind k)
-{
-    switch (k) {
-    case TP_E_TRUNCATED:
-        return TP_END_TRUNCATED;
-    case TP_E_RESET:
-        return TP_END_RESET;
-    case TP_E_TIMEOUT:
-        return TP_END_TIMEOUT;
-    default:
-        return TP_END_ERROR;
-    }
-}
-
 static void child_reaped(tp_server *s, session *x, int status)
 {
     x->exit_status = status;
@@ -1650,7 +1636,7 @@ static void hs_step(tp_server *s, session *x)
     } else {
         tp_errkind k = tp_conn_errkind(x->conn);
         sess_err(x, "%s", tp_conn_error(x->conn));
-        set_ends(x, errkind_end(k), TP_END_NONE);
+        set_ends(x, tp__end_of_errkind(k), TP_END_NONE);
         /* After a TLS failure OpenSSL has sent an alert ("certificate
          * required", "protocol version"): linger so that the client reads
          * it instead of a reset caused by its unread data. */

@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 import tlspump
 from conftest import ROOT, drive
 
@@ -326,3 +328,26 @@ class LogPipe:
         self.w.close()
         self._t.join(10)
         self.r.close()
+
+
+# ---- fixtures shared by the test_2x files (imported by name there) ------
+
+
+@pytest.fixture
+def servers():
+    """Starts CliServers; every one is killed at teardown."""
+    made = []
+
+    def start(*args, **kw):
+        s = CliServer(*args, **kw)
+        made.append(s)
+        return s
+
+    yield start
+    for s in made:
+        s.kill()
+
+
+@pytest.fixture
+def insecure_ctx():
+    return tlspump.Context.client(verify=False)

@@ -13,29 +13,10 @@ import pytest
 
 import tlspump
 from conftest import drive, read_until_eof, sha256, write_all
-from serve_util import PY, CliServer, EchoBackend, cli, echo_client, zombies
+from serve_util import (PY, CliServer, EchoBackend, cli, echo_client, insecure_ctx,  # noqa: F401
+                        servers, zombies)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def servers():
-    """Starts CliServers; every one is killed at teardown."""
-    made = []
-
-    def start(*args, **kw):
-        s = CliServer(*args, **kw)
-        made.append(s)
-        return s
-
-    yield start
-    for s in made:
-        s.kill()
-
-
-@pytest.fixture
-def insecure_ctx():
-    return tlspump.Context.client(verify=False)
 
 
 def test_wc_c_with_tlspump_connect(servers):

@@ -10,23 +10,9 @@ import subprocess
 import pytest
 
 import tlspump
-from serve_util import ENV, PY, CliServer, EchoBackend, cli
+from serve_util import ENV, PY, CliServer, EchoBackend, cli, insecure_ctx, servers  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def servers():
-    made = []
-
-    def start(*args, **kw):
-        s = CliServer(*args, **kw)
-        made.append(s)
-        return s
-
-    yield start
-    for s in made:
-        s.kill()
 
 
 def one_line_error(r, status):

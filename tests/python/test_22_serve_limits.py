@@ -14,29 +14,10 @@ import pytest
 
 import tlspump
 from conftest import drive, read_until_eof, write_all
-from serve_util import (CliServer, EchoBackend, LogPipe, children_of, echo_client, fd_count,
-                        proc_stat, rss_kib, zombies)
+from serve_util import (CliServer, EchoBackend, LogPipe, children_of, echo_client, fd_count,  # noqa: F401
+                        insecure_ctx, proc_stat, rss_kib, servers, zombies)
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def servers():
-    made = []
-
-    def start(*args, **kw):
-        s = CliServer(*args, **kw)
-        made.append(s)
-        return s
-
-    yield start
-    for s in made:
-        s.kill()
-
-
-@pytest.fixture
-def insecure_ctx():
-    return tlspump.Context.client(verify=False)
 
 
 @pytest.fixture
