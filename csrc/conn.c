@@ -38,6 +38,7 @@ struct tp_conn {
     unsigned hs_done : 1;
     unsigned fatal : 1;         /* an error ended the connection */
     unsigned sent_shutdown : 1; /* our close_notify is out */
+    unsigned shutting : 1;      /* SSL_shutdown called: no more writes */
     unsigned peer_closed : 1;   /* the peer's close_notify was read */
 
     /* Readiness each blocked operation waits for (POLLIN/POLLOUT). */
@@ -437,7 +438,7 @@ static size_t reserve(tp_conn *c, size_t want)
 char *tp_conn_write_space(tp_conn *c, size_t *room)
 {
     *room = 0;
-    if (c->fatal || c->sent_shutdown)
+    if (c->fatal || c->sent_shutdown || c->shutting)
         return NULL;
     *room = reserve(c, RECORD_MAX * 4);
     return *room ? c->wbuf + c->woff + c->wlen : NULL;
@@ -458,7 +459,7 @@ ssize_t tp_conn_write(tp_conn *c, const void *buf, size_t len,
 {
     if (c->fatal)
         return TP_ERROR;
-    if (c->sent_shutdown)
+    if (c->sent_shutdown || c->shutting)
         return fail_closed(c, "write");
     if (len > SSIZE_MAX)
         len = SSIZE_MAX;
@@ -660,6 +661,10 @@ static int shutdown_step(tp_conn *c)
         return r;
     ERR_clear_error();
     c->bio_errno = 0;
+    /* From the first SSL_shutdown on, OpenSSL refuses SSL_write even while
+     * the close_notify itself waits for the socket ("protocol is
+     * shutdown", fatal): refuse writes before they reach it. */
+    c->shutting = 1;
     /* 0: our close_notify is sent, the peer's not yet read; 1: both. */
     int s = SSL_shutdown(c->ssl);
     if (s >= 0) {

@@ -56,6 +56,12 @@ void tp__strlcpy(char *dst, const char *src, size_t dstlen);
  * the server uses it for sessions that end before their pump). */
 tp_end tp__end_of_errkind(tp_errkind k);
 
+/* The child's pidfd (readable once it exits), or -1 without pidfds. */
+int tp__child_pidfd(const tp_child *ch);
+/* 1 once the child has exited (it is not reaped here: tp_child_wait still
+ * gets its status), 0 while it runs. */
+int tp__child_exited(const tp_child *ch);
+
 /* ---- used between ctx.c, cert.c, conn.c, bio.c ---- */
 typedef struct bio_st BIO;
 typedef struct ssl_ctx_st SSL_CTX;

@@ -46,6 +46,9 @@
 #define TP__PUMP_BUF ((size_t)64 * 1024)
 /* Compact the buffer when less than a record of room is left at its end. */
 #define TP__PUMP_RECORD ((size_t)16 * 1024)
+/* After the command exits, how long its output may stay open (held by a
+ * process it left behind) before it counts as complete. */
+#define TP__PUMP_CHILD_GRACE_MS 1000
 /* Reading and discarding the client's input after our close_notify. */
 #define TP__PUMP_LINGER_MS 2000
 /* Sending close_notify after the idle timeout. */
@@ -85,6 +88,9 @@ struct tp_pump {
     unsigned watch_tls : 1;    /* poll the idle TLS fd for errors only */
     unsigned done : 1;
     enum out_state out;
+
+    tp_child *child;          /* the command behind the target, if known */
+    int64_t child_deadline;   /* it exited: its output ends by then */
 
     int idle_ms;
     int64_t t0, last_activity, linger_deadline;
@@ -171,6 +177,11 @@ void tp_pump_set_close_target_write(tp_pump *p, int yes)
     /* Only meaningful for a separate write fd: a shared socket is shut
      * down, never closed. */
     p->close_wfd = yes && p->wfd != p->rfd;
+}
+
+void tp_pump_watch_child(tp_pump *p, tp_child *ch)
+{
+    p->child = ch;
 }
 
 void tp_pump_set_read_after_close(tp_pump *p, int yes)
@@ -566,10 +577,40 @@ static int watch_tls(tp_pump *p)
     return 1;
 }
 
+/*
+ * A command that exits while a process it left behind (`sleep 60 &`) still
+ * holds its stdout open would keep the session open as long as that
+ * process lives. Once the command has exited, what it wrote is already in
+ * the socket buffer: after a short grace the target's output is complete.
+ */
+static void check_child(tp_pump *p)
+{
+    if (!p->child || !p->tgt_in_open)
+        return;
+    int64_t now = tp__now_ms();
+    if (!p->child_deadline) {
+        if (!tp__child_exited(p->child))
+            return;
+        p->child_deadline = now + TP__PUMP_CHILD_GRACE_MS;
+        p->progress++;
+    }
+    if (now < p->child_deadline)
+        return;
+    p->st.target_end = TP_END_CLEAN;
+    tp__strlcpy(p->st.target_error,
+                "the command exited; a process it left behind still held "
+                "its output open",
+                sizeof p->st.target_error);
+    p->tgt_in_open = 0;
+    p->out = OUT_CLOSING;
+    p->progress++;
+}
+
 int tp_pump_step(tp_pump *p)
 {
     if (p->done)
         return 1;
+    check_child(p);
     p->more = 0;
     p->moved = 0;
     for (int passes = 0; !p->done; passes++) {
@@ -650,14 +691,29 @@ int tp_pump_wants(tp_pump *p, struct pollfd *fds, int max, int *timeout_ms)
         n = add_fd(fds, n, max, p->rfd, p->tgt_rd_wait);
         n = add_fd(fds, n, max, p->wfd, p->tgt_wr_wait);
         int64_t now = tp__now_ms();
+        int watching_child = p->child && p->tgt_in_open;
+        if (watching_child && !p->child_deadline &&
+            tp__child_pidfd(p->child) >= 0)
+            n = add_fd(fds, n, max, tp__child_pidfd(p->child), POLLIN);
         if (p->idle_ms)
             t = p->last_activity + p->idle_ms - now;
+        if (watching_child) {
+            /* Its exit deadline, or (without a pidfd) a look now and then. */
+            int64_t d = p->child_deadline ? p->child_deadline - now
+                        : tp__child_pidfd(p->child) < 0 ? 250
+                                                          : -1;
+            if (d >= 0 && (t < 0 || d < t))
+                t = d;
+            if (d < 0 && p->child_deadline)
+                t = 0;
+        }
         if (p->linger_deadline) {
             int64_t d = p->linger_deadline - now;
             if (t < 0 || d < t)
                 t = d;
         }
-        if (p->more || (t < 0 && (p->idle_ms || p->linger_deadline)))
+        if (p->more ||
+            (t < 0 && (p->idle_ms || p->linger_deadline || p->child_deadline)))
             t = 0; /* more work now, or a deadline already passed */
     } else {
         t = 0;
@@ -684,9 +740,9 @@ int tp_pump_run(tp_pump *p, const tp_wait *w)
     for (;;) {
         if (tp_pump_step(p))
             return TP_DONE;
-        struct pollfd fds[3];
+        struct pollfd fds[4];
         int timeout;
-        int n = tp_pump_wants(p, fds, 3, &timeout);
+        int n = tp_pump_wants(p, fds, 4, &timeout);
         int64_t now = tp__now_ms();
         if (check && now >= next_check) {
             /* A pump that never waits would never see a signal in

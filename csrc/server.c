@@ -73,6 +73,7 @@ enum watch_kind {
     W_TLS,
     W_TARGET,
     W_CHILD, /* a session's child's pidfd */
+    W_EXIT,  /* the child's own pidfd, watched by its pump */
 };
 
 /* One fd in the epoll set. events is what is registered (0: not in the
@@ -112,7 +113,7 @@ typedef struct session {
     int child_stage; /* 0 EOF sent, 1 SIGTERM sent, 2 SIGKILL sent */
     int64_t stage_at;
 
-    watch w_tls, w_target, w_child;
+    watch w_tls, w_target, w_child, w_exit;
 
     int64_t start_ms;
     int64_t deadline; /* -1: none */
@@ -1129,6 +1130,7 @@ static void session_new(tp_server *s, int fd, struct sockaddr *sa, socklen_t sl)
     watch_init(&x->w_tls, W_TLS, fd, x);
     watch_init(&x->w_target, W_TARGET, -1, x);
     watch_init(&x->w_child, W_CHILD, -1, x);
+    watch_init(&x->w_exit, W_EXIT, -1, x);
     if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -1383,11 +1385,19 @@ static void begin_closing(tp_server *s, session *x)
 /* The pump has sent close_notify and lingered when the session ended
  * cleanly, and deliberately sent none after a failure (a partial answer must
  * not look complete): the TLS side only has to be closed. */
-static void pump_finished(tp_server *s, session *x)
+/* Frees the pump and unwatches what only it watched (before the child, and
+ * so its pidfd, can go). */
+static void pump_release(tp_server *s, session *x)
 {
     x->stats = *tp_pump_stats_get(x->pump);
+    watch_close(s, &x->w_exit);
     tp_pump_free(x->pump);
     x->pump = NULL;
+}
+
+static void pump_finished(tp_server *s, session *x)
+{
+    pump_release(s, x);
     target_release(s, x);
     tls_close(s, x);
 }
@@ -1425,15 +1435,23 @@ static void pump_rearm(tp_server *s, session *x)
     struct pollfd pf[4];
     int to = -1;
     int n = tp_pump_wants(x->pump, pf, 4, &to);
-    uint32_t tls = 0, target = 0;
+    uint32_t tls = 0, target = 0, exited = 0;
     for (int i = 0; i < n; i++) {
-        if (pf[i].fd == x->fd)
+        if (pf[i].fd == x->fd) {
             tls |= to_epoll(pf[i].events);
-        else if (pf[i].fd == x->target_fd)
+        } else if (pf[i].fd == x->target_fd) {
             target |= to_epoll(pf[i].events);
+        } else { /* the child's pidfd (tp_pump_watch_child) */
+            if (x->w_exit.fd != pf[i].fd) {
+                watch_close(s, &x->w_exit);
+                watch_init(&x->w_exit, W_EXIT, pf[i].fd, x);
+            }
+            exited = EPOLLIN;
+        }
     }
     watch_set(s, &x->w_tls, tls);
     watch_set(s, &x->w_target, target);
+    watch_set(s, &x->w_exit, exited);
     runq_del(s, x);
     if (to == 0) {
         timer_clear(s, x);
@@ -1467,6 +1485,8 @@ static void start_pump(tp_server *s, session *x)
     }
     if (s->idle_ms > 0)
         tp_pump_set_idle_timeout(x->pump, s->idle_ms);
+    if (x->child)
+        tp_pump_watch_child(x->pump, x->child);
     x->phase = P_PUMPING;
     if (x->w_target.fd != x->target_fd) /* a backend's is registered */
         watch_init(&x->w_target, W_TARGET, x->target_fd, x);
@@ -1663,9 +1683,7 @@ static void session_abort(tp_server *s, session *x, const char *why)
         begin_closing(s, x);
         break;
     case P_PUMPING:
-        x->stats = *tp_pump_stats_get(x->pump);
-        tp_pump_free(x->pump);
-        x->pump = NULL;
+        pump_release(s, x);
         sess_err(x, "%s", why);
         set_ends(x, TP_END_ABORTED, TP_END_ABORTED);
         target_release(s, x);

@@ -343,3 +343,21 @@ void tp_child_free(tp_child *ch)
         close(ch->pidfd);
     free(ch);
 }
+
+int tp__child_pidfd(const tp_child *ch)
+{
+    return ch->pidfd;
+}
+
+int tp__child_exited(const tp_child *ch)
+{
+    if (ch->reaped)
+        return 1;
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    /* WNOWAIT: look without reaping. ECHILD: already reaped by the system
+     * (SIGCHLD ignored), i.e. gone. */
+    if (waitid(P_PID, (id_t)ch->pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
+        return errno == ECHILD;
+    return si.si_pid == ch->pid;
+}

@@ -1052,6 +1052,8 @@ forward(self, target, ...)
             throw_error(aTHX_ TP_ERROR, TP_E_ARG, err, err, "forward", 0);
         tp_pump_set_idle_timeout(p, idle_ms);
         tp_pump_set_close_target_write(p, close_write);
+        if (child)
+            tp_pump_watch_child(p, child->ch);
         w.timeout_ms = -1;
         w.interrupted = pl_interrupted;
         w.arg = interp_arg(aTHX);

@@ -339,6 +339,7 @@ const char *tp_errkind_name(tp_errkind k); /* "truncated", "reset", ... */
  * for a complete one.
  */
 typedef struct tp_pump tp_pump;
+typedef struct tp_child tp_child; /* see tp_spawn() */
 
 /* How one direction ended. */
 typedef enum tp_end {
@@ -397,6 +398,13 @@ void tp_pump_set_close_target_write(tp_pump *p, int yes);
  * being read and discarded for the linger time (the default, right for a
  * server whose child has answered and exited). */
 void tp_pump_set_read_after_close(tp_pump *p, int yes);
+/*
+ * The target is ch's socketpair: once the command has exited, its output
+ * counts as complete after a grace of 1 s even if a process it left behind
+ * (`sleep 60 &`) still holds the socketpair open, so the session ends. ch
+ * must outlive the pump; it is not reaped by the pump.
+ */
+void tp_pump_watch_child(tp_pump *p, tp_child *ch);
 /* 1 once nothing more will be written to the target (the half-close is
  * due: shut down or closed if the pump could). */
 int tp_pump_target_write_done(const tp_pump *p);
@@ -408,7 +416,7 @@ int tp_pump_target_write_done(const tp_pump *p);
  */
 int tp_pump_step(tp_pump *p);
 /*
- * Fills up to max (3 suffice) pollfd entries with the fds and events the
+ * Fills up to max (4 suffice) pollfd entries with the fds and events the
  * pump waits for and returns their count; *timeout_ms gets the time until
  * the pump must be stepped even without events: the idle or linger
  * deadline, 0 when the last step yielded with work left, -1 for none. After
@@ -432,7 +440,6 @@ const tp_pump_stats *tp_pump_stats_get(const tp_pump *p);
 
 /* ---- tp_child: spawned command ----------------------------------------- */
 
-typedef struct tp_child tp_child;
 
 /*
  * Starts argv[0] (searched in PATH) with stdin and stdout on one end of a

@@ -539,7 +539,7 @@ static int idle_ms_arg(PyObject *v, int *ms)
 
 /* tp_pump_new + options; NULL with an exception. */
 static tp_pump *pump_create(tp_conn *c, int rfd, int wfd, int idle_ms,
-                            int close_write)
+                            int close_write, tp_py_child *child)
 {
     char err[512] = "";
     tp_pump *p = tp_pump_new(c, rfd, wfd, err, sizeof err);
@@ -550,6 +550,8 @@ static tp_pump *pump_create(tp_conn *c, int rfd, int wfd, int idle_ms,
     }
     tp_pump_set_idle_timeout(p, idle_ms);
     tp_pump_set_close_target_write(p, close_write);
+    if (child)
+        tp_pump_watch_child(p, child->ch);
     return p;
 }
 
@@ -586,7 +588,7 @@ static PyObject *conn_forward(PyObject *self, PyObject *args, PyObject *kw)
     tp_conn *c = tp_py_conn_check(self);
     if (!c)
         return NULL;
-    tp_pump *p = pump_create(c, rfd, wfd, idle_ms, close_write);
+    tp_pump *p = pump_create(c, rfd, wfd, idle_ms, close_write, child);
     if (!p)
         return NULL;
     tp_py_wait pw;
@@ -683,7 +685,7 @@ static PyObject *pump_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     tp_py_pump *self = (tp_py_pump *)type->tp_alloc(type, 0);
     if (!self)
         return NULL;
-    self->p = pump_create(c, rfd, wfd, idle_ms, close_write);
+    self->p = pump_create(c, rfd, wfd, idle_ms, close_write, child);
     if (!self->p) {
         Py_DECREF(self);
         return NULL;

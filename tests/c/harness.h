@@ -132,4 +132,30 @@ static inline int h_handshake_both(tp_conn *a, tp_conn *b)
     return TP_ERROR;
 }
 
+/* A handshaken pair over a socketpair (fds[0] the server's) with the given
+ * contexts; 0 on success. */
+static inline int h_pair(tp_ctx *server, tp_ctx *client, tp_conn **cl,
+                         tp_conn **sv, int fds[2])
+{
+    char err[256];
+    *cl = *sv = NULL;
+    if (h_socketpair(fds) < 0)
+        return -1;
+    *sv = tp_conn_new(server, fds[0], NULL, err, sizeof err);
+    *cl = tp_conn_new(client, fds[1], "localhost", err, sizeof err);
+    if (!*sv || !*cl) {
+        fprintf(stderr, "conn: %s\n", err);
+        return -1;
+    }
+    return h_handshake_both(*cl, *sv);
+}
+
+static inline void h_unpair(tp_conn *cl, tp_conn *sv, int fds[2])
+{
+    tp_conn_free(cl);
+    tp_conn_free(sv);
+    close(fds[0]);
+    close(fds[1]);
+}
+
 #endif

@@ -6,28 +6,13 @@
 
 static tp_ctx *sctx, *cctx;
 
-/* A handshaken pair over a socketpair. */
+/* A handshaken pair with this file's contexts. */
 static int pair(tp_conn **cl, tp_conn **sv, int fds[2])
 {
-    char err[256];
-    if (h_socketpair(fds) < 0)
-        return -1;
-    *sv = tp_conn_new(sctx, fds[0], NULL, err, sizeof err);
-    *cl = tp_conn_new(cctx, fds[1], "localhost", err, sizeof err);
-    if (!*sv || !*cl) {
-        fprintf(stderr, "conn: %s\n", err);
-        return -1;
-    }
-    return h_handshake_both(*cl, *sv);
+    return h_pair(sctx, cctx, cl, sv, fds);
 }
 
-static void unpair(tp_conn *cl, tp_conn *sv, int fds[2])
-{
-    tp_conn_free(cl);
-    tp_conn_free(sv);
-    close(fds[0]);
-    close(fds[1]);
-}
+#define unpair h_unpair
 
 TEST(handshake_and_info)
 {
