@@ -34,6 +34,7 @@ struct tp_conn {
     int fd;
     int bio_errno; /* errno of the BIO's last failed send/recv */
     pid_t pid;     /* the process that may use it (see forked()) */
+    unsigned long fork_gen; /* tp__fork_generation() when it was made */
 
     unsigned hs_done : 1;
     unsigned fatal : 1;         /* an error ended the connection */
@@ -222,6 +223,7 @@ tp_conn *tp_conn_new(tp_ctx *ctx, int fd, const char *server_hostname,
     }
     c->fd = fd;
     c->pid = getpid();
+    c->fork_gen = tp__fork_generation();
     c->wlimit = tp__ctx_write_limit(ctx);
     ERR_clear_error();
     c->ssl = SSL_new(tp__ctx_ssl(ctx));
@@ -324,7 +326,8 @@ static int await(tp_conn *c, const char *op, int want, const tp_wait *w,
  */
 static int forked(tp_conn *c, const char *op)
 {
-    if (c->pid == getpid())
+    /* Not getpid() here: a system call on every I/O step. */
+    if (c->fork_gen == tp__fork_generation())
         return 0;
     if (!c->fatal) {
         set_error(c, op, TP_E_CLOSED, 0,

@@ -34,6 +34,10 @@ int64_t tp__deadline(const tp_wait *w);
 int tp__poll(struct pollfd *fds, int n, const tp_wait *w, int64_t deadline,
              int extra_timeout_ms);
 
+/* Counts the fork()s of this process into children: a value read in the
+ * parent differs in a child. Cheap (no system call), for hot paths. */
+unsigned long tp__fork_generation(void);
+
 /* Checks that fd is open: 0, or -1 with the reason in errbuf. */
 int tp__check_fd(int fd, char *errbuf, size_t errlen);
 /* Sets O_NONBLOCK: 0 or -1 (errno). */

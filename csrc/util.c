@@ -92,6 +92,25 @@ int tp__poll(struct pollfd *fds, int n, const tp_wait *w, int64_t deadline,
     }
 }
 
+static unsigned long fork_generation;
+static pthread_once_t fork_hook_once = PTHREAD_ONCE_INIT;
+
+static void count_fork_in_child(void)
+{
+    fork_generation++; /* the child runs single-threaded here */
+}
+
+static void install_fork_hook(void)
+{
+    pthread_atfork(NULL, NULL, count_fork_in_child);
+}
+
+unsigned long tp__fork_generation(void)
+{
+    pthread_once(&fork_hook_once, install_fork_hook);
+    return __atomic_load_n(&fork_generation, __ATOMIC_RELAXED);
+}
+
 int tp__check_fd(int fd, char *errbuf, size_t errlen)
 {
     if (fd < 0) {
