@@ -364,8 +364,9 @@ static int listen_fd_spec(tp_server *s, const char *spec)
     int fd = (int)n;
     int acc = 0;
     socklen_t al = sizeof acc;
-    if (fcntl(fd, F_GETFL) < 0) {
-        set_err(s, "cannot listen on %s: %s", spec, strerror(errno));
+    char why[TP__ERRLEN];
+    if (tp__check_fd(fd, why, sizeof why) < 0) {
+        set_err(s, "cannot listen on %s: %s", spec, why);
         return -1;
     }
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &al) < 0 || !acc) {
