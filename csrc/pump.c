@@ -698,22 +698,22 @@ int tp_pump_wants(tp_pump *p, struct pollfd *fds, int max, int *timeout_ms)
         if (p->idle_ms)
             t = p->last_activity + p->idle_ms - now;
         if (watching_child) {
-            /* Its exit deadline, or (without a pidfd) a look now and then. */
-            int64_t d = p->child_deadline ? p->child_deadline - now
+            /* Its exit deadline (0 once passed), or (without a pidfd) a
+             * look now and then. */
+            int64_t d = p->child_deadline
+                            ? (p->child_deadline > now ? p->child_deadline - now
+                                                       : 0)
                         : tp__child_pidfd(p->child) < 0 ? 250
                                                           : -1;
             if (d >= 0 && (t < 0 || d < t))
                 t = d;
-            if (d < 0 && p->child_deadline)
-                t = 0;
         }
         if (p->linger_deadline) {
             int64_t d = p->linger_deadline - now;
             if (t < 0 || d < t)
                 t = d;
         }
-        if (p->more ||
-            (t < 0 && (p->idle_ms || p->linger_deadline || p->child_deadline)))
+        if (p->more || (t < 0 && (p->idle_ms || p->linger_deadline)))
             t = 0; /* more work now, or a deadline already passed */
     } else {
         t = 0;
