@@ -163,6 +163,28 @@ static int drive(tp_pump *p, client *cl, int timeout_ms, int *stalls)
     }
 }
 
+/* Runs the pump and a sending client until the client has been unable to
+ * send for 300 ms (every buffer on the way is full) or 10 s pass. */
+static void fill_until_stalled(tp_pump *p, client *cl)
+{
+    int64_t end = now_ms() + 10000, last_change = now_ms();
+    uint64_t last = 0;
+    while (now_ms() < end && now_ms() - last_change < 300) {
+        tp_pump_step(p);
+        client_step(cl);
+        if (cl->sent != last) {
+            last = cl->sent;
+            last_change = now_ms();
+        }
+        struct pollfd fds[4];
+        int t, n = tp_pump_wants(p, fds, 3, &t);
+        fds[n].fd = cl->fd;
+        fds[n].events = tp_conn_events(cl->c);
+        n++;
+        poll(fds, (nfds_t)n, 50);
+    }
+}
+
 /* A server and a client connection (not handshaken: the pump does the
  * server's handshake) over TCP or a socketpair. */
 typedef struct session {
@@ -605,22 +627,7 @@ TEST(backpressure_bounded)
     CHECK_MSG(p, "%s", err);
     client cl;
     client_init(&cl, s.cl, (uint64_t)256 << 20);
-    int64_t end = now_ms() + 10000, last_change = now_ms();
-    uint64_t last = 0;
-    while (now_ms() < end && now_ms() - last_change < 300) {
-        tp_pump_step(p);
-        client_step(&cl);
-        if (cl.sent != last) {
-            last = cl.sent;
-            last_change = now_ms();
-        }
-        struct pollfd fds[4];
-        int t, n = tp_pump_wants(p, fds, 3, &t);
-        fds[n].fd = cl.fd;
-        fds[n].events = tp_conn_events(cl.c);
-        n++;
-        poll(fds, (nfds_t)n, 50);
-    }
+    fill_until_stalled(p, &cl);
     CHECK(!tp_pump_done(p));
     CHECK_MSG(cl.sent < (uint64_t)32 << 20, "sent %llu",
               (unsigned long long)cl.sent);
@@ -680,22 +687,7 @@ TEST(reset_noticed_while_backpressured)
     CHECK_MSG(p, "%s", err);
     client cl;
     client_init(&cl, s.cl, (uint64_t)64 << 20);
-    int64_t end = now_ms() + 10000, last_change = now_ms();
-    uint64_t last = 0;
-    while (now_ms() < end && now_ms() - last_change < 300) {
-        tp_pump_step(p);
-        client_step(&cl);
-        if (cl.sent != last) {
-            last = cl.sent;
-            last_change = now_ms();
-        }
-        struct pollfd fds[4];
-        int t, n = tp_pump_wants(p, fds, 3, &t);
-        fds[n].fd = cl.fd;
-        fds[n].events = tp_conn_events(cl.c);
-        n++;
-        poll(fds, (nfds_t)n, 50);
-    }
+    fill_until_stalled(p, &cl);
     CHECK(!tp_pump_done(p));
     struct linger lg = {1, 0};
     setsockopt(s.cfd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
